@@ -1,0 +1,36 @@
+"""Blocks shared by the mobile families (TopFormer, SeaFormer)."""
+from typing import Optional, Type
+
+from torch import Tensor, nn
+
+
+class ConvBN(nn.Sequential):
+    """Conv (no bias) - BN - optional activation; ``padding`` defaults to 'same' for odd kernels."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1,
+                 padding: Optional[int] = None, groups: int = 1, dilation: int = 1,
+                 act_layer: Optional[Type[nn.Module]] = None, bn_weight_init: float = 1.0):
+        padding = dilation * (kernel_size - 1) // 2 if padding is None else padding
+        layers = [nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, dilation, groups, bias=False),
+                  nn.BatchNorm2d(out_chs)]
+        nn.init.constant_(layers[1].weight, bn_weight_init)
+        if act_layer is not None:
+            layers.append(act_layer())
+        super().__init__(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand - kxk depthwise (stride) - 1x1 project, residual if shapes allow."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1,
+                 expand_ratio: float = 1.0, act_layer: Type[nn.Module] = nn.ReLU):
+        super().__init__()
+        hidden = int(round(in_chs * expand_ratio))
+        layers = [ConvBN(in_chs, hidden, act_layer=act_layer)] if expand_ratio != 1 else []
+        layers += [ConvBN(hidden, hidden, kernel_size, stride, groups=hidden, act_layer=act_layer),
+                   ConvBN(hidden, out_chs)]
+        self.conv = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_chs == out_chs
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x) if self.use_residual else self.conv(x)
