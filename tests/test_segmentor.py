@@ -118,5 +118,6 @@ def test_checkpoint_path_round_trip(tmp_path, imachsr):
         zoo.create_model('deeplabv3plus_imachsr', num_classes=11, checkpoint_path=tmp_path / 'broken.safetensors')
     with pytest.raises(FileNotFoundError, match='missing.pth does not exist'):
         zoo.create_model('deeplabv3plus_imachsr', num_classes=11, checkpoint_path=tmp_path / 'missing.pth')
-    with pytest.raises(RuntimeError, match='does not fit Segmentor'):
-        zoo.create_model('deeplabv3plus_resnet18', num_classes=11, checkpoint_path=tmp_path / 'model.safetensors')
+    with pytest.raises(RuntimeError, match=r"does not fit deeplabv3plus_resnet18 \(strict load\): unexpected"):
+        zoo.create_model('deeplabv3plus_resnet18', num_classes=11, checkpoint_path=tmp_path / 'model.safetensors',
+                         strict=True)

@@ -41,7 +41,8 @@ from ._registry import (  # noqa: E402
     get_pretrained_cfg, is_model, list_models, list_pretrained, model_entrypoint, register_model,
     register_model_alias, split_model_name_tag)
 from ._pretrained import PretrainedCfg  # noqa: E402
-from ._factory import create_model, load_checkpoint  # noqa: E402
+from ._factory import create_model  # noqa: E402
+from .hub import from_pretrained, load_checkpoint, save_pretrained  # noqa: E402
 from .backbone import SupervisableBackbone, TransitionPoint, select_points  # noqa: E402
 from .segmentor import Segmentor, SegmentorOutput  # noqa: E402
 from . import models  # noqa: E402,F401  (registers the architectures)
@@ -50,7 +51,7 @@ __version__ = '0.1.0'
 
 __all__ = [
     'PretrainedCfg', 'Segmentor', 'SegmentorOutput', 'SupervisableBackbone', 'TransitionPoint',
-    'create_model', 'get_pretrained_cfg', 'is_model', 'list_models', 'list_pretrained',
+    'create_model', 'from_pretrained', 'get_pretrained_cfg', 'is_model', 'list_models', 'list_pretrained',
     'load_checkpoint', 'model_entrypoint', 'register_model', 'register_model_alias',
-    'select_points', 'split_model_name_tag',
+    'save_pretrained', 'select_points', 'split_model_name_tag',
 ]

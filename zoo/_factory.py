@@ -3,39 +3,47 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from ._hub import resolve_weight_file
 from ._registry import get_pretrained_cfg, model_entrypoint, split_model_name_tag
 from .backbone import PointSpec
+from .hub import from_pretrained, load_checkpoint, resolve_weight_file
 
 _logger = logging.getLogger(__name__)
 
 
 def create_model(model_name: str, pretrained: bool = False, num_classes: Optional[int] = None,
                  points: PointSpec = None, checkpoint_path: Union[str, Path, None] = None,
-                 **kwargs: Any) -> nn.Module:
+                 strict: bool = False, **kwargs: Any) -> nn.Module:
     """Create a registered model by name.
 
     Args:
-        model_name: ``arch`` or ``arch.tag`` (a tag picks a published weight's config), or an
-            alias such as ``topformer_imachsr``.
-        pretrained: load the published weight.
+        model_name: ``arch`` or ``arch.tag`` (a tag picks a published weight's config), an alias
+            such as ``topformer_imachsr``, ``hf-hub:org/name[@revision]`` or ``local-dir:/path``
+            (a weight folder, see ``zoo.hub.from_pretrained``).
+        pretrained: load the published weight: from ``checkpoint_path`` if given, else
+            ``$ZOO_WEIGHTS_DIR`` or the repository's ``weights/``, else the Hugging Face Hub.
         num_classes: output classes (default: the weight's, else the architecture's).
         points: supervised transition points of a ``_ds``/``_imachsr`` model
             (see ``zoo.select_points``); ``None`` keeps the model's ``'auto'`` choice.
-        checkpoint_path: a ``.safetensors`` or torch checkpoint to load afterwards (strict).
+        checkpoint_path: a ``.safetensors`` file or torch checkpoint to load.
+        strict: demand that loaded weights match exactly; otherwise head-set tensors and
+            classifiers of another ``num_classes`` may differ and are reported.
         **kwargs: model arguments, e.g. ``backbone='convnext_atto'`` for DeepLabv3+.
     """
+    overrides = {k: v for k, v in dict(num_classes=num_classes, points=points).items() if v is not None}
+    if model_name.startswith(('hf-hub:', 'local-dir:')):
+        source = model_name.split(':', 1)[1]
+        revision = None
+        if model_name.startswith('hf-hub:') and '@' in source:
+            source, revision = source.split('@', 1)
+        return from_pretrained(source, revision=revision, strict=strict, **overrides, **kwargs)
     entrypoint = model_entrypoint(model_name)
     tag = split_model_name_tag(model_name)[1]
     cfg = get_pretrained_cfg(model_name) if pretrained or tag else None
-    if num_classes is None and cfg is not None:
-        num_classes = cfg.num_classes
-    model_args = {k: v for k, v in dict(num_classes=num_classes, points=points).items() if v is not None}
-    model_args.update(kwargs)
+    if 'num_classes' not in overrides and cfg is not None:
+        overrides['num_classes'] = cfg.num_classes
+    model_args = {**overrides, **kwargs}
     model = entrypoint(**model_args)
     model.architecture = entrypoint.__name__
     if model.supervision is not None:
@@ -43,35 +51,9 @@ def create_model(model_name: str, pretrained: bool = False, num_classes: Optiona
     model.model_args = {'num_classes': model.num_classes, **model_args}
     if cfg is not None:
         model.pretrained_cfg.update(cfg.to_dict())
-    if pretrained:
-        load_checkpoint(model, resolve_weight_file(cfg))
     if checkpoint_path is not None:
-        load_checkpoint(model, checkpoint_path)
+        _logger.debug('%s: loading checkpoint %s', model_name, checkpoint_path)
+        load_checkpoint(model, checkpoint_path, strict=strict)
+    elif pretrained:
+        load_checkpoint(model, resolve_weight_file(cfg), strict=strict)
     return model
-
-
-def load_checkpoint(model: nn.Module, path: Union[str, Path], strict: bool = True):
-    """Load a ``.safetensors`` file or a torch checkpoint (``state_dict``/``model`` inside one is
-    found, a DDP ``module.`` prefix dropped) into ``model``; returns torch's key report."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'checkpoint {path} does not exist')
-    try:
-        if path.suffix == '.safetensors':
-            state = load_file(str(path))  # fp16-stored weights upcast in load_state_dict's copy_
-        else:
-            state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as error:
-        raise RuntimeError(f'checkpoint {path} could not be read ({error}); is it truncated or corrupt?') from error
-    for key in ('state_dict', 'model'):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise RuntimeError(f'checkpoint {path} holds a {type(state).__name__}, not a state_dict')
-    state = {k.removeprefix('module.'): v for k, v in state.items()}
-    try:
-        report = model.load_state_dict(state, strict=strict)
-    except RuntimeError as error:
-        raise RuntimeError(f'checkpoint {path} does not fit {type(model).__name__}: {error}') from error
-    _logger.debug('loaded %s (missing %s, unexpected %s)', path, report.missing_keys, report.unexpected_keys)
-    return report

@@ -65,6 +65,14 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _publish(args: argparse.Namespace) -> int:
+    from zoo.hub import publish
+    repo_id, files = publish(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run)
+    verb = 'would upload' if args.dry_run else 'uploaded'
+    print(f'{args.folder}: checked; {verb} {files} to {repo_id}' + (' (private)' if args.private else ''))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='zoo', description=__doc__)
     commands = parser.add_subparsers(dest='command', required=True)
@@ -80,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument('--images', type=int, default=2, help='sample frames in the batch')
     demo.add_argument('--steps', type=int, default=3)
     demo.set_defaults(run=_demo)
+
+    publish = commands.add_parser('publish', help='check a weight folder and upload it to the Hugging Face Hub')
+    publish.add_argument('folder', help='a folder written by save_pretrained')
+    publish.add_argument('--repo-id', help='org/name (default: $ZOO_HF_ORG/<folder name>)')
+    publish.add_argument('--private', action='store_true')
+    publish.add_argument('--dry-run', action='store_true', help='check and list the files, upload nothing')
+    publish.set_defaults(run=_publish)
 
     data = commands.add_parser('data', help='dataset tools').add_subparsers(dest='data_command', required=True)
     check = data.add_parser('check', help='check every file of a dataset and summarise it')

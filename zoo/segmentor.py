@@ -1,5 +1,6 @@
 """``Segmentor``: a supervisable backbone, a decoder and an optional iMacHSR head set."""
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -47,6 +48,7 @@ class Segmentor(nn.Module):
         self.num_classes = num_classes
         self.supervision = supervision
         self.pretrained_cfg = dict(pretrained_cfg or {})
+        self.deployed = False
 
     def forward(self, x: Tensor):
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
@@ -86,4 +88,10 @@ class Segmentor(nn.Module):
         """Remove the head set in place: the model becomes exactly its baseline architecture."""
         self.heads = None
         self.supervision = None
+        self.deployed = True
         return self
+
+    def save_pretrained(self, directory, **kwargs) -> Path:
+        """Write a Hub-format weight folder (see ``zoo.hub.save_pretrained``)."""
+        from .hub import save_pretrained
+        return save_pretrained(self, directory, **kwargs)
