@@ -14,8 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_puts_models_and_data_inside_zoo(tmp_path):
+    # Built from a copy: setuptools leaves a build/ folder in the tree it builds.
+    source = tmp_path / 'source'
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns('.venv', '.git', '__pycache__', 'build', 'runs'))
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q',
-                    '-w', str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    '-w', str(tmp_path), str(source)], check=True, capture_output=True)
     wheel, = tmp_path.glob('*.whl')
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split('/')[0] for name in names if not name.split('/')[0].endswith('.dist-info')}

@@ -69,8 +69,9 @@ class LoadReport:
 
 
 def read_state_dict(path: Union[str, Path]) -> dict[str, Tensor]:
-    """A ``.safetensors`` file or a torch checkpoint (``state_dict``/``model`` inside one is
-    found, a DDP ``module.`` prefix dropped); never unpickles arbitrary objects."""
+    """A ``.safetensors`` file or a torch checkpoint (the first of ``state_dict_ema``,
+    ``state_dict``, ``model`` inside one is taken, a DDP ``module.`` prefix dropped); never
+    unpickles arbitrary objects."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path} does not exist')
@@ -79,9 +80,10 @@ def read_state_dict(path: Union[str, Path]) -> dict[str, Tensor]:
             path, map_location='cpu', weights_only=True)
     except Exception as error:
         raise RuntimeError(f'checkpoint {path} could not be read ({error}); is it truncated or corrupt?') from error
-    for key in ('state_dict', 'model'):
+    for key in ('state_dict_ema', 'state_dict', 'model'):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+            break
     if not isinstance(state, dict):
         raise RuntimeError(f'checkpoint {path} holds a {type(state).__name__}, not a state_dict')
     return {k.removeprefix('module.'): v for k, v in state.items()}

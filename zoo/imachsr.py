@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbone import TransitionPoint
+from .layers import SafeBatchNorm2d
 
 PointLoss = Literal['mi', 'ce']
 Weight = Union[float, Mapping[str, float]]
@@ -24,14 +25,15 @@ Weight = Union[float, Mapping[str, float]]
 class DimensionAdapter(nn.Sequential):
     """``g_k``: maps a point's ``in_chs`` channels to ``num_classes`` logits at its resolution.
 
-    1x1 conv - BN - ReLU - 1x1 conv; ``hidden_chs`` defaults to ``in_chs``.
+    1x1 conv - BN - ReLU - 1x1 conv; ``hidden_chs`` defaults to ``in_chs``. The BN copes with a
+    1x1 point map in a batch of one (see ``SafeBatchNorm2d``).
     """
 
     def __init__(self, in_chs: int, num_classes: int, hidden_chs: Optional[int] = None):
         hidden_chs = hidden_chs or in_chs
         super().__init__(
             nn.Conv2d(in_chs, hidden_chs, 1, bias=False),
-            nn.BatchNorm2d(hidden_chs),
+            SafeBatchNorm2d(hidden_chs),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden_chs, num_classes, 1),
         )
