@@ -121,3 +121,16 @@ def test_checkpoint_path_round_trip(tmp_path, imachsr):
     with pytest.raises(RuntimeError, match=r"does not fit deeplabv3plus_resnet18 \(strict load\): unexpected"):
         zoo.create_model('deeplabv3plus_resnet18', num_classes=11, checkpoint_path=tmp_path / 'model.safetensors',
                          strict=True)
+
+
+def test_aux_in_eval_mode_reads_the_adapters_as_early_exits(imachsr):
+    imachsr.eval()
+    image = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        out = imachsr(image, aux=True)
+        torch.testing.assert_close(out.logits, imachsr(image))  # BN and dropout stay in eval mode
+    assert isinstance(out, SegmentorOutput) and list(out.aux) == imachsr.supervision.points
+    assert not imachsr.training
+    baseline = zoo.create_model('deeplabv3plus_resnet18', num_classes=11)
+    with pytest.raises(ValueError, match='aux=True asks for the head set'):
+        baseline(image, aux=True)

@@ -250,8 +250,6 @@ def from_pretrained(source: Union[str, Path], revision: Optional[str] = None, st
     ``overrides`` change model arguments (``num_classes=K`` fine-tunes: the classifiers are
     left initialised and listed); ``strict=True`` demands an exact match.
     """
-    from ._factory import create_model  # the factory resolves hf-hub: names through this module
-
     folder = Path(source)
     if folder.is_dir():
         config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
@@ -264,11 +262,19 @@ def from_pretrained(source: Union[str, Path], revision: Optional[str] = None, st
         raise FileNotFoundError(f'{source} is neither a weight folder nor a Hub repo id (org/name)')
     config = read_config(config_path)
     _checked(weights_path, config.get('sha256'), str(source))
+    model = model_from_config(config, **overrides)
+    load_weights(model, read_state_dict(weights_path), strict=strict, source=str(weights_path))
+    return model
+
+
+def model_from_config(config: dict[str, Any], **overrides: Any) -> nn.Module:
+    """The untrained model a ``model_config`` describes, with its weight's description attached."""
+    from ._factory import create_model  # the factory resolves hf-hub: names through this module
+
     model = create_model(config['architecture'], **{**config['model_args'], **overrides})
     if config.get('deployed'):
         model.deploy()
     model.pretrained_cfg.update({k: config[k] for k in _CARD_FIELDS if k in config})
-    load_weights(model, read_state_dict(weights_path), strict=strict, source=str(weights_path))
     return model
 
 

@@ -30,7 +30,8 @@ class Segmentor(nn.Module):
 
     In eval mode, or without a head set, ``forward`` returns logits at the input's size for any
     H, W (the input is padded internally and the logits cropped back). In training with a head
-    set it returns a ``SegmentorOutput``. ``deploy()`` drops the head set for inference.
+    set it returns a ``SegmentorOutput``; ``forward(x, aux=True)`` does so in eval mode too (the
+    adapters as early exits). ``deploy()`` drops the head set for inference.
 
     The decoder maps the backbone's ``forward_features`` list to logits at any stride and keeps
     its final layer as ``decoder.classifier``.
@@ -50,13 +51,15 @@ class Segmentor(nn.Module):
         self.pretrained_cfg = dict(pretrained_cfg or {})
         self.deployed = False
 
-    def forward(self, x: Tensor):
+    def forward(self, x: Tensor, aux: Optional[bool] = None):
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self._check_input(x)
         height, width = x.shape[-2:]
         multiple = self.backbone.pad_multiple
         x = F.pad(x, (0, -width % multiple, 0, -height % multiple))
-        supervise = self.training and self.heads is not None
+        if aux and self.heads is None:
+            raise ValueError('aux=True asks for the head set, and this model has none (baseline or deployed)')
+        supervise = self.heads is not None and (self.training if aux is None else aux)
         features, taps = self.backbone(x, self.heads.points if supervise else ())
         logits = self.decoder(features)
         logits = F.interpolate(logits, size=x.shape[-2:], mode='bilinear', align_corners=False)
