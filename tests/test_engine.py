@@ -187,7 +187,7 @@ def test_options_sgd_bf16_channels_last_clipping_class_weights(camvid, tmp_path)
                       points='uniform:2', alpha=0.5, beta={'layer3': 0.0}, iters=2, ckpt_interval=5)
     result = train(cfg)
     supervision = result.model.supervision
-    assert supervision.points == ['layer1', 'layer3'] and supervision.beta == {'layer1': 0.1, 'layer3': 0.0}
+    assert supervision.points == ['layer1', 'layer3'] and supervision.beta == {'layer1': 0.02, 'layer3': 0.0}
     assert set(supervision.alpha.values()) == {0.5}
     state = read_checkpoint(tmp_path / 'run' / 'checkpoint-0000002.pt')
     assert state['class_weight'].shape == (11,) and state['optimizer']['param_groups'][0]['momentum'] == 0.9
