@@ -203,6 +203,8 @@ def test_a_run_folder_is_never_overwritten_and_resumes_with_its_own_settings(cam
         train(tiny_config(camvid, tmp_path / 'run', iters=1, lr=0.01), resume=True)
     with pytest.raises(FileNotFoundError, match='no checkpoint'):
         train(tiny_config(camvid, tmp_path / 'other', iters=2), resume=True)
+    (tmp_path / 'run').rename(tmp_path / 'moved')  # a run folder may move
+    assert train(tiny_config(camvid, tmp_path / 'moved', iters=1), resume=True).step == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,8 +36,8 @@ from .evaluate import OUTPUT, collate_list, evaluate
 _logger = logging.getLogger(__name__)
 
 METRICS_FILE = 'metrics.jsonl'
-# Settings a resumed run may change: they do not alter what is computed.
-_RESUMABLE_CHANGES = {'root', 'workers', 'log_interval', 'val_interval', 'ckpt_interval', 'keep_last', 'device'}
+# Settings a resumed run may change: they do not alter what is computed (a run folder may move).
+_RESUMABLE_CHANGES = {'root', 'run_dir', 'workers', 'log_interval', 'val_interval', 'ckpt_interval', 'keep_last', 'device'}
 _NO_DECAY_NAME = re.compile(r'pos|embed|token')
 
 
