@@ -20,5 +20,15 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
+# The performance figures of bench/ (README, Performance): head-set overhead, inference after
+# deploy(), speed against segmentation_models_pytorch, data loading; JSON in bench/results/.
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) -c 'import segmentation_models_pytorch' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/train_overhead.py
+	$(PY) bench/inference_parity.py
+	$(PY) bench/vs_smp.py
+	$(PY) bench/data_throughput.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info
