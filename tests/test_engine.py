@@ -71,6 +71,46 @@ def test_yaml_recipe_with_overrides(tmp_path):
     assert TrainConfig.from_yaml(tmp_path / 'again.yaml') == cfg
 
 
+def test_recipe_inherits_its_base(tmp_path):
+    (tmp_path / 'common').mkdir()
+    (tmp_path / 'common' / 'base.yaml').write_text('root: /data\nepochs: 3\nlr: 0.01\nbatch_size: 4\n')
+    recipe = tmp_path / 'model.yaml'
+    recipe.write_text('_base_: common/base.yaml\nmodel: topformer_tiny_ds\nlr: 0.002\n')
+    cfg = TrainConfig.from_yaml(recipe, batch_size=2)
+    assert (cfg.model, cfg.root, cfg.epochs, cfg.lr, cfg.batch_size) == ('topformer_tiny_ds', '/data', 3, 0.002, 2)
+
+
+@pytest.mark.parametrize('base, message', [
+    ('missing.yaml', r'missing.yaml does not exist \(the _base_ of .*recipe.yaml\)'),
+    ('recipe.yaml', 'makes a cycle'),
+    ('[a, b]', '_base_ must be a file path'),
+])
+def test_bad_base_is_named(tmp_path, base, message):
+    recipe = tmp_path / 'recipe.yaml'
+    recipe.write_text(f'_base_: {base}\nroot: x\niters: 1\n')
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        TrainConfig.from_yaml(recipe)
+
+
+def test_camvid_recipes_differ_only_in_model_and_head_set():
+    """configs/camvid: for each model, baseline, _ds and _imachsr train identically but for the head set."""
+    recipes = sorted((Path(__file__).parents[1] / 'configs' / 'camvid').glob('[!_]*.yaml'))
+    assert len(recipes) == 15
+    head_set = {'model', 'points', 'alpha', 'beta', 'ne_on'}
+    configs = {path.stem: TrainConfig.from_yaml(path).to_dict() for path in recipes}
+    reference = configs['topformer_tiny']
+    for name, values in configs.items():
+        assert values['model'] == name
+        assert {k: v for k, v in values.items() if k not in head_set | {'run_dir'}} == \
+            {k: v for k, v in reference.items() if k not in head_set | {'run_dir'}}, name
+        family = name.removesuffix('_imachsr').removesuffix('_ds')
+        if name.endswith(('_ds', '_imachsr')):
+            other = configs[family + ('_imachsr' if name.endswith('_ds') else '_ds')]
+            assert (values['points'], values['alpha']) == (other['points'], other['alpha']), name
+        else:
+            assert values['points'] is values['alpha'] is values['beta'] is None
+
+
 @pytest.mark.parametrize('text, message', [
     ('root: x\niters: 1\nlrr: 0.1\n', r"unknown key\(s\) \['lrr'\]"),
     ('root: x\niters: 1\noptimizer: adamx\n', "optimizer: 'adamx' is not one of adam, adamw, sgd"),

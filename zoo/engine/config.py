@@ -129,14 +129,7 @@ class TrainConfig:
     def from_yaml(cls, path: Union[str, Path], **overrides: Any) -> 'TrainConfig':
         """Read a recipe; ``overrides`` (e.g. from the command line) replace its values."""
         path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise FileNotFoundError(f'config file {path} does not exist') from None
-        except yaml.YAMLError as error:
-            raise ValueError(f'config file {path} is not valid YAML: {error}') from None
-        if not isinstance(values, dict):
-            raise ValueError(f'config file {path}: expected a mapping of config keys, got {type(values).__name__}')
+        values = read_recipe(path)
         for length, other in (('iters', 'epochs'), ('epochs', 'iters')):
             if overrides.get(length) is not None and other not in overrides:
                 values.pop(other, None)  # --iters replaces the recipe's epochs, and vice versa
@@ -145,6 +138,29 @@ class TrainConfig:
 
     def to_yaml(self, path: Union[str, Path]) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def read_recipe(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of a YAML recipe. A recipe may name another in ``_base_`` (a path relative to
+    itself, as in mmsegmentation): the base's keys come first and the recipe's own replace them."""
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f'config file {path} does not exist'
+                                + (f' (the _base_ of {_seen[-1]})' if _seen else '')) from None
+    except yaml.YAMLError as error:
+        raise ValueError(f'config file {path} is not valid YAML: {error}') from None
+    if not isinstance(values, dict):
+        raise ValueError(f'config file {path}: expected a mapping of config keys, got {type(values).__name__}')
+    base = values.pop('_base_', None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ValueError(f'config file {path}: _base_ must be a file path, got {base!r}')
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise ValueError(f'config file {path}: _base_ {base} makes a cycle')
+    return {**read_recipe(base_path, (*_seen, path.resolve())), **values}
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
