@@ -134,7 +134,8 @@ def select_points(candidates: Sequence[TransitionPoint], spec: PointSpec) -> lis
       * ``'uniform:K'``: K points evenly spread inside the sequence, candidate
         ``round((j + 1) (N + 1) / (K + 1)) - 1`` for j = 0..K-1;
       * ``'input:K'`` / ``'output:K'``: the K candidates nearest the input / the output;
-      * ``'central:K'``: K consecutive candidates centred in the sequence;
+      * ``'central:K'`` (or ``'central:K:D'``): K candidates centred in the sequence, D apart
+        (D = 1: consecutive);
       * ``'every:D'`` (or ``'every:D:K'``): candidates 0, D, 2D, ... (the first K of them);
       * names or indices (a list, or one comma-separated string); negative indices count from
         the end. ``None`` or ``'none'`` selects nothing.
@@ -164,10 +165,10 @@ def _rule_indices(spec: str, n: int) -> list[int]:
     match = _RULE.match(spec)
     if not match:
         raise ValueError(f'points={spec!r} is not a rule: use auto, stages, uniform:K, input:K, '
-                         'central:K, output:K, every:D[:K] or explicit names/indices')
+                         'central:K[:D], output:K, every:D[:K] or explicit names/indices')
     rule, value, limit = match.group(1), int(match.group(2)), match.group(3)
-    if value < 1:
-        raise ValueError(f'points={spec!r}: the number must be at least 1')
+    if value < 1 or (limit is not None and int(limit) < 1):
+        raise ValueError(f'points={spec!r}: the numbers must be at least 1')
     if rule == 'every':
         indices = list(range(0, n, value))
         if limit is not None:
@@ -176,17 +177,22 @@ def _rule_indices(spec: str, n: int) -> list[int]:
                                  f'among {n} candidates')
             indices = indices[:int(limit)]
         return indices
+    if rule == 'central':
+        distance = 1 if limit is None else int(limit)
+        span = distance * (value - 1) + 1
+        if span > n:
+            raise ValueError(f'points={spec!r}: {value} points {distance} apart span {span} candidates, '
+                             f'but there are {n}')
+        start = (n - span) // 2
+        return list(range(start, start + span, distance))
     if limit is not None:
-        raise ValueError(f'points={spec!r}: only every:D takes a second number')
+        raise ValueError(f'points={spec!r}: only every:D and central:K take a second number')
     if value > n:
         raise ValueError(f'points={spec!r} asks for {value} points, but there are {n} candidates')
     if rule == 'input':
         return list(range(value))
     if rule == 'output':
         return list(range(n - value, n))
-    if rule == 'central':
-        start = (n - value) // 2
-        return list(range(start, start + value))
     return [math.floor((j + 1) * (n + 1) / (value + 1) + 0.5) - 1 for j in range(value)]
 
 
