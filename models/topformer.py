@@ -126,10 +126,9 @@ class TopFormerBackbone(SupervisableBackbone):
     block (``trans.j``, attention) and each injection (``sim.1_8``, ``sim.1_16``, ``sim.1_32``,
     fusion). The pooled tokens set the stride: inputs are padded to a multiple of 64.
 
-    ``points='auto'`` supervises the first three stage ends past the stem -- the 1/4, 1/8 and 1/16
-    token levels -- as ``TimmBackbone`` does for timm models: the iMacHSR ablation found a moderate
-    number of points (2-3) close to the input best, and the stem (one conv) has nothing to learn
-    from a label yet.
+    ``points='auto'`` is ``'central:3:2'``, three candidates two apart around the middle of the
+    sequence (``tpm.6``, ``tpm.8``, ``pool`` in Tiny and Base): the best of the points, distance
+    and position ablations on CamVid val (README: Results).
 
     Where a map can hold one value per channel -- the 1/64 tokens of an input of at most 64 x 64
     in a batch of one -- the transformer's and the SIMs' BN would fail in training; they are
@@ -171,8 +170,7 @@ class TopFormerBackbone(SupervisableBackbone):
             *(transition_point(f'sim.{key}', f'sim.{key}', embed_chs, strides[self.taps[i]], 'fusion')
               for key, i in zip(self.sim, self.inject))]
         self.out_points = tuple(f'sim.{key}' for key in self.sim)
-        stage_ends = [p['name'] for p in self.feature_info if p['kind'] == 'stage' and p['reduction'] >= 4]
-        self.auto_points = ','.join(stage_ends[:3])
+        self.auto_points = 'central:3:2'
         self._init_weights()
 
     @staticmethod

@@ -227,7 +227,7 @@ def test_options_sgd_bf16_channels_last_clipping_class_weights(camvid, tmp_path)
                       points='uniform:2', alpha=0.5, beta={'layer3': 0.0}, iters=2, ckpt_interval=5)
     result = train(cfg)
     supervision = result.model.supervision
-    assert supervision.points == ['layer1', 'layer3'] and supervision.beta == {'layer1': 0.02, 'layer3': 0.0}
+    assert supervision.points == ['layer1', 'layer3'] and supervision.beta == {'layer1': 0.1, 'layer3': 0.0}
     assert set(supervision.alpha.values()) == {0.5}
     state = read_checkpoint(tmp_path / 'run' / 'checkpoint-0000002.pt')
     assert state['class_weight'].shape == (11,) and state['optimizer']['param_groups'][0]['momentum'] == 0.9
@@ -266,8 +266,8 @@ def _poison(monkeypatch, at_call: int, term: str):
 
 
 def test_nonfinite_loss_stops_naming_term_and_step(camvid, tmp_path, monkeypatch):
-    _poison(monkeypatch, at_call=2, term='tpm.5.loss_mi')
-    with pytest.raises(NonFiniteLossError, match=r'step 2: non-finite loss term\(s\) tpm.5.loss_mi = nan, loss = nan'):
+    _poison(monkeypatch, at_call=2, term='tpm.8.loss_mi')
+    with pytest.raises(NonFiniteLossError, match=r'step 2: non-finite loss term\(s\) tpm.8.loss_mi = nan, loss = nan'):
         train(tiny_config(camvid, tmp_path / 'run'))
     assert sorted(p.name for p in (tmp_path / 'run').glob('*.pt')) == ['checkpoint-0000001.pt']
     state = read_checkpoint(tmp_path / 'run' / 'checkpoint-0000001.pt')
@@ -320,7 +320,7 @@ def test_eval_reproduces_the_training_validation(trained, camvid, tmp_path, caps
     assert result['mIoU'] == pytest.approx(trained.val['mIoU'], abs=1e-9)
     assert result['aAcc'] == pytest.approx(trained.val['aAcc'], abs=1e-9)
     assert set(result['heads']) == set(trained.model.heads.points) and 'majority' in result['heads_note']
-    assert len(result['heads']['tpm.3']['mapping']) == 11
+    assert len(result['heads']['tpm.6']['mapping']) == 11
     assert sorted(p.name for p in (tmp_path / 'vis').iterdir()) == ['0000.png', '0001.png']
     panel = cv2.imread(str(tmp_path / 'vis' / '0000.png'))
     assert panel.shape[1] == 3 * 64 + 2 * 4     # image | ground truth | model

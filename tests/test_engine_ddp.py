@@ -55,4 +55,4 @@ def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
     assert len(saved['rng']) == 2                                    # every rank's generators, for --resume
     records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
     assert [r['step'] for r in records if r['kind'] == 'train'] == [2, 4]
-    assert {'loss_ce', 'tpm.3.loss_mi', 'tpm.3.loss_ne', 'loss'} <= set(records[0])
+    assert {'loss_ce', 'tpm.6.loss_mi', 'tpm.6.loss_ne', 'loss'} <= set(records[0])

@@ -211,7 +211,7 @@ def test_weights_must_name_supervised_points():
     with pytest.raises(ValueError, match='beta must be 0'):
         supervision_cfg('ds', ['a'], beta=0.1)
     cfg = supervision_cfg('imachsr', ['a', 'b'], alpha={'a': 1.0})
-    assert cfg.alpha == {'a': 1.0, 'b': 0.4} and cfg.beta == {'a': 0.02, 'b': 0.02}
+    assert cfg.alpha == {'a': 1.0, 'b': 0.4} and cfg.beta == {'a': 0.1, 'b': 0.1}
 
 
 def test_head_set_and_gradients_reach_adapter_and_backbone():

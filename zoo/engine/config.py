@@ -33,7 +33,7 @@ class TrainConfig:
     points: Union[str, list[Union[str, int]], None] = _opt(
         None, "supervised points of a _ds/_imachsr model: 'auto', 'uniform:K', ... or a list (default: auto)")
     alpha: Optional[Weight] = _opt(None, 'weight of each point loss: a number or {point: weight} (default 0.4)')
-    beta: Optional[Weight] = _opt(None, 'weight of each negative-entropy term (iMacHSR; default 0.02)')
+    beta: Optional[Weight] = _opt(None, 'weight of each negative-entropy term (iMacHSR; default 0.1)')
     ne_on: Optional[Literal['logits', 'features']] = _opt(None, 'negative entropy on adapter logits or features')
     model_kwargs: dict[str, Any] = _opt({}, "other create_model arguments, e.g. {backbone: convnext_atto}")
     # data
