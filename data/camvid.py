@@ -3,15 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._pretrained import CAMVID_CLASSES, CAMVID_PALETTE
 from ._base import (IGNORE_INDEX, IMAGE_SUFFIXES, LABEL_SUFFIXES, SegmentationDataset, identity_lut,
                     index_files, match_pairs)
 
-CAMVID_CLASSES = ('Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol', 'Fence', 'Car',
-                  'Pedestrian', 'Bicyclist')
-# the colours SegNet's own scripts use
-CAMVID_PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
-                  (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
-                  (0, 128, 192))
 CAMVID_VOID = 11
 
 

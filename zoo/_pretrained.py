@@ -5,6 +5,13 @@ from typing import Any, Optional
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+CAMVID_CLASSES = ('Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol', 'Fence', 'Car',
+                  'Pedestrian', 'Bicyclist')
+# the colours SegNet's own scripts use
+CAMVID_PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+                  (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
+                  (0, 128, 192))
+
 
 @dataclass(frozen=True)
 class PretrainedCfg:
@@ -36,3 +43,10 @@ class PretrainedCfg:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def camvid_cfg(architecture: str, sha256: str, metrics: dict[str, float]) -> PretrainedCfg:
+    """A weight trained on CamVid train (367 frames, 360x480), scored on val: ``architecture.camvid``."""
+    return PretrainedCfg(architecture=architecture, tag='camvid', sha256=sha256, num_classes=len(CAMVID_CLASSES),
+                         label_names=CAMVID_CLASSES, palette=CAMVID_PALETTE, input_size=(3, 360, 480),
+                         dataset='camvid', split='val', metrics=metrics)

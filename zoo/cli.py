@@ -16,43 +16,43 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """One iMacHSR training step on the embedded CamVid sample, then the deployed model's prediction."""
-    import zoo
-    from zoo.data import SAMPLE_ROOT, build_transforms, create_dataset
+    """Score the published baseline and iMacHSR models on the embedded CamVid sample (whole
+    360x480 frames) and write one figure: image | ground truth | baseline | iMacHSR, a row a frame."""
+    import numpy as np
 
-    torch.manual_seed(0)
-    dataset = create_dataset('camvid', SAMPLE_ROOT, 'val', transform=build_transforms(train=False))
+    from zoo.data import SAMPLE_ROOT, build_transforms, create_dataset
+    from zoo.engine import InferenceCfg, evaluate
+    from zoo.engine.checkpoint import load_model
+    from zoo.engine.evaluate import collate_list
+    from zoo.engine.visualize import colorize, denormalize, panel, write_rgb
+    from zoo.metrics import format_table
+
+    imachsr = load_model(args.model).eval()  # the model first: a wrong --model is named before anything else
+    models = {args.baseline: load_model(args.baseline).eval(), args.model: imachsr}
+    first = next(iter(models.values()))
+    mean, std = first.pretrained_cfg['mean'], first.pretrained_cfg['std']
+    dataset = create_dataset('camvid', SAMPLE_ROOT, 'val', transform=build_transforms(False, mean=mean, std=std))
     print(dataset.describe())
-    pairs = [dataset[i] for i in range(args.images)]
-    images = torch.stack([image for image, _ in pairs])
-    labels = torch.stack([label for _, label in pairs]).long()
-    model = zoo.create_model(args.model, num_classes=dataset.num_classes).train()
-    if model.supervision is None:
-        raise ValueError(f'{args.model} has no head set: pick an _imachsr or _ds model')
-    with_heads = _count(model)
-    print(f'\nmodel {args.model} ({model.architecture}): {with_heads / 1e6:.2f} M parameters with the '
-          f'head set, {model.supervision.kind} at points {model.supervision.points}')
-    print(f'input {tuple(images.shape)}, labels {tuple(labels.shape)}')
-    criterion = model.criterion()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for step in range(1, args.steps + 1):
-        out = model(images)
-        terms = criterion(out, labels)
-        optimizer.zero_grad()
-        terms['loss'].backward()
-        optimizer.step()
-        if step == 1:
-            print(f'logits {tuple(out.logits.shape)} (padded to {out.padded_size})')
-            for name, logits in out.aux.items():
-                print(f'  adapter {name:<12} logits {tuple(logits.shape)}')
-        print(f'step {step}: ' + '  '.join(f'{k} {v.item():.4f}' for k, v in terms.items()))
-    model.deploy().eval()
-    print(f'\ndeployed: {_count(model) / 1e6:.2f} M parameters ({with_heads - _count(model)} head-set '
-          'parameters removed; the baseline architecture remains)')
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_list)
+    rows = []
+
+    def keep_rows(images, labels, predictions):
+        if len(rows) < args.frames:
+            columns = {'image': denormalize(images[0], mean, std),
+                       'ground truth': colorize(labels[0].numpy(), dataset.palette, dataset.ignore_index)}
+            columns.update({name: colorize(pred[0].numpy(), dataset.palette) for name, pred in predictions.items()})
+            rows.append(panel(columns))
+
     with torch.no_grad():
-        prediction = model(images[:1]).argmax(1)
-    print(f'prediction {tuple(prediction.shape)}, classes present: '
-          f'{[dataset.classes[c] for c in prediction.unique().tolist()]}')
+        matrices = evaluate(models, loader, dataset.num_classes, dataset.ignore_index, InferenceCfg(),
+                            on_batch=keep_rows)
+    for name, model in models.items():
+        print(f'\n{name} ({model.architecture}, {_count(model) / 1e6:.2f} M parameters), '
+              f'{len(dataset)} sample frames:')
+        print(format_table(matrices[name]['output'].compute(list(dataset.classes))))
+    spacer = np.full((6, rows[0].shape[1], 3), 255, dtype=np.uint8)
+    figure = write_rgb(args.out, np.concatenate([part for row in rows for part in (row, spacer)][:-1], 0))
+    print(f'\npanel ({len(rows)} frames: image | ground truth | {" | ".join(models)}): {figure}')
     return 0
 
 
@@ -262,10 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument('--aliases', action='store_true', help='include short aliases')
     listing.set_defaults(run=_list)
 
-    demo = commands.add_parser('demo', help='train a few steps on the embedded sample and print every term')
-    demo.add_argument('--model', default='deeplabv3plus_imachsr')
-    demo.add_argument('--images', type=int, default=2, help='sample frames in the batch')
-    demo.add_argument('--steps', type=int, default=3)
+    demo = commands.add_parser('demo', help='score published weights on the embedded CamVid sample; a panel PNG')
+    demo.add_argument('--model', default='topformer_imachsr', help='iMacHSR weight (arch[.tag] or alias)')
+    demo.add_argument('--baseline', default='topformer_base.camvid', help='the weight to compare it with')
+    demo.add_argument('--frames', type=int, default=4, help='sample frames in the panel')
+    demo.add_argument('--out', default='demo_panel.png', help='panel PNG')
     demo.set_defaults(run=_demo)
 
     publish = commands.add_parser('publish', help='check a weight folder and upload it to the Hugging Face Hub')
