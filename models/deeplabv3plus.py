@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._builder import Supervision, build_segmentor, check_num_classes
+from zoo._pretrained import camvid_cfg
 from zoo._registry import register_model, register_model_alias
 from zoo.backbone import PointSpec, TransitionPoint
 from zoo.segmentor import Segmentor
@@ -119,7 +120,12 @@ def _create_deeplabv3plus(backbone: str = 'resnet18', num_classes: int = 150, su
     return build_segmentor(encoder, decoder, num_classes, supervision, points, alpha, beta, ne_on, adapter_chs)
 
 
-default_cfgs: list = []
+# Trained on CamVid train by references/camvid/experiments.py (README: Results), best of its seeds;
+# metrics from zoo eval on CamVid val. Files in weights/, sha256-checked.
+default_cfgs = [
+    camvid_cfg('deeplabv3plus_resnet18_imachsr', '31f787de7591f4268f2b4974d333385ecdb264abdc7efcb50b472c9df549c69c',
+               {'aAcc': 71.3411, 'mIoU': 28.1527, 'mF1': 34.1829, 'mPrecision': 61.5483, 'mRecall': 37.5501}),
+]
 
 
 @register_model

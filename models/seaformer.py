@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._builder import Supervision, build_segmentor, check_num_classes, load_backbone_checkpoint
+from zoo._pretrained import camvid_cfg
 from zoo._registry import register_model, register_model_alias
 from zoo.backbone import PointSpec, SupervisableBackbone, transition_point
 from zoo.segmentor import Segmentor
@@ -284,7 +285,22 @@ def _create_seaformer(size: str, supervision: Supervision = None, num_classes: i
     return build_segmentor(backbone, decoder, num_classes, supervision, points, alpha, beta, ne_on, adapter_chs)
 
 
-default_cfgs: list = []
+# Trained on CamVid train by references/camvid/experiments.py (README: Results), best of its seeds;
+# metrics from zoo eval on CamVid val. Files in weights/, sha256-checked.
+default_cfgs = [
+    camvid_cfg('seaformer_tiny', '499099ac69251834164f8a2f9dc455a1b9d05cbd99b5548d19df8aeecb42b29d',
+               {'aAcc': 73.3986, 'mIoU': 29.6382, 'mF1': 35.6584, 'mPrecision': 66.1769, 'mRecall': 41.6376}),
+    camvid_cfg('seaformer_tiny_ds', '7c91cf72596490434a4a992c6a62ed72a110efdad5dd577288364a05addf2c41',
+               {'aAcc': 77.8318, 'mIoU': 32.5019, 'mF1': 38.9768, 'mPrecision': 69.9972, 'mRecall': 44.0049}),
+    camvid_cfg('seaformer_tiny_imachsr', '8b5e32e41da7c29f4743cafcead3ca708d3ade72047d5e70474418cd036942b5',
+               {'aAcc': 74.7531, 'mIoU': 30.6081, 'mF1': 36.8608, 'mPrecision': 65.3365, 'mRecall': 41.5296}),
+    camvid_cfg('seaformer_base', '5532e707c08cbdc8e1d5fe1adc642655fc5adb3eb4c03726d21bd6cf9a237ec3',
+               {'aAcc': 74.8606, 'mIoU': 29.4368, 'mF1': 35.1782, 'mPrecision': 63.1048, 'mRecall': 40.3735}),
+    camvid_cfg('seaformer_base_ds', 'ba9a01277ba3a6b5ae345d7ddf5358d548ef481a89ff5ef7462a3a027b197b9c',
+               {'aAcc': 75.3713, 'mIoU': 29.9314, 'mF1': 35.6563, 'mPrecision': 64.4324, 'mRecall': 41.3945}),
+    camvid_cfg('seaformer_base_imachsr', 'a2a05018cc26b620402b8efee4c0df1bde484cd4d00fae66c6fb7d5da052fab7',
+               {'aAcc': 73.6363, 'mIoU': 28.716, 'mF1': 34.5292, 'mPrecision': 61.8471, 'mRecall': 40.1958}),
+]
 
 
 @register_model

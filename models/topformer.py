@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._builder import Supervision, build_segmentor, check_num_classes, load_backbone_checkpoint
+from zoo._pretrained import camvid_cfg
 from zoo._registry import register_model, register_model_alias
 from zoo.backbone import PointSpec, SupervisableBackbone, TransitionPoint, transition_point
 from zoo.imachsr import Weight
@@ -270,7 +271,22 @@ def _create_topformer(size: str, supervision: Supervision = None, num_classes: i
     return build_segmentor(backbone, decoder, num_classes, supervision, points, alpha, beta, ne_on, adapter_chs)
 
 
-default_cfgs: list = []
+# Trained on CamVid train by references/camvid/experiments.py (README: Results), best of its seeds;
+# metrics from zoo eval on CamVid val. Files in weights/, sha256-checked.
+default_cfgs = [
+    camvid_cfg('topformer_base', 'ec6202846cf1e216e0ee2937eb018e394636ea695a0c23471228707562193e2b',
+               {'aAcc': 60.6049, 'mIoU': 19.3847, 'mF1': 23.9948, 'mPrecision': 48.2107, 'mRecall': 30.1034}),
+    camvid_cfg('topformer_base_ds', '2f8a12a0ec05c9f0462ade475289c30fb4157a75ed33b32ae790751b4d248bd4',
+               {'aAcc': 62.0028, 'mIoU': 21.0363, 'mF1': 25.8131, 'mPrecision': 62.9787, 'mRecall': 31.9297}),
+    camvid_cfg('topformer_base_imachsr', '22ba9ad1fc2a3e8099c4a3222e7cc1bf4f66943bcacf90a302b94ae89ccc07c0',
+               {'aAcc': 59.4497, 'mIoU': 19.3762, 'mF1': 24.2146, 'mPrecision': 47.7623, 'mRecall': 28.6907}),
+    camvid_cfg('topformer_tiny', 'c618fcbaba3a2035368bb0289c7b8180d4e9d5b1478e84f371df5aa17911788a',
+               {'aAcc': 61.0771, 'mIoU': 19.7962, 'mF1': 24.4445, 'mPrecision': 65.1447, 'mRecall': 30.7274}),
+    camvid_cfg('topformer_tiny_ds', 'ee85f659169183a4573aebc3ed4de04e7994c2fa3eb4a2c3941b6c30112e6308',
+               {'aAcc': 60.8603, 'mIoU': 20.1639, 'mF1': 24.9151, 'mPrecision': 58.5105, 'mRecall': 31.1815}),
+    camvid_cfg('topformer_tiny_imachsr', '45d7a7982d63ae6fa81973ef330765b2881d6bf30483dc270d1cbdbf6ab113e3',
+               {'aAcc': 60.0, 'mIoU': 19.8711, 'mF1': 24.5267, 'mPrecision': 58.2838, 'mRecall': 30.5784}),
+]
 
 
 @register_model

@@ -194,7 +194,7 @@ def main_table() -> str:
             if not results:
                 continue
             cells = [_mean_std([r[m] for r in results]) for m in METRICS]
-            reference = {'': paper[0], '_imachsr': paper[1]}.get(variant, '') if paper else ''
+            reference = {'': f'{paper[0]:.2f}', '_imachsr': f'{paper[1]:.2f}'}.get(variant, '') if paper else ''
             rows.append([f'`{family + variant}`', len(results), *cells, reference])
     return _table(['model', 'seeds', *(f'val {m}' for m in METRICS), 'paper mIoU (600/101 split)'], rows)
 
@@ -233,6 +233,7 @@ def ablation_plots(folder: Path) -> list[Path]:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     baseline = [r['mIoU'] for run, r in _scored(plan('main')) if run.recipe == ABLATION_MODEL and run.seed == 0]
     written = []
@@ -252,6 +253,7 @@ def ablation_plots(folder: Path) -> list[Path]:
             ax.set_xlabel({'points': 'points K (uniform)', 'distance': 'distance D between 3 points'}[study])
         if baseline:
             ax.axhline(baseline[0], color='grey', linestyle='--', label='baseline (seed 0)')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel('CamVid val mIoU (%)')
         ax.set_title(f'{ABLATION_MODEL}: {study}')
         ax.legend(fontsize=8)
@@ -320,12 +322,12 @@ def export() -> None:
                         '--root', str(DATA_ROOT), '--split', 'val', '--workers', '0', '--device', 'cpu',
                         '--report', str(report)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         scored = next(iter(json.loads(report.read_text())['models'].values()))
-        metrics = {m: scored[m] for m in ('aAcc', *METRICS)}
+        metrics = {m: round(scored[m], 4) for m in ('aAcc', *METRICS)}
         save_pretrained(model, folder, dtype=torch.float16, metrics=metrics, **fields)
         sha = sha256_of(folder / 'model.safetensors')
         size = (folder / 'model.safetensors').stat().st_size / 2 ** 20
         index.append((f'{recipe}.camvid', run.seed, metrics['mIoU'], size, sha))
-        print(f"    camvid_cfg('{recipe}', '{sha}', {{{', '.join(f'{k!r}: {v!r}' for k, v in metrics.items())}}}),")
+        print(f"    camvid_cfg('{recipe}', '{sha}',\n               {metrics!r}),")
     lines = [WEIGHTS_INDEX_HEAD, '| weight | best seed | val mIoU | MB | sha256 |', '|---|---|---|---|---|']
     lines += [f'| `{name}` | {seed} | {miou:.2f} | {size:.1f} | `{sha}` |' for name, seed, miou, size, sha in index]
     (WEIGHTS / 'README.md').write_text('\n'.join(lines) + '\n')
