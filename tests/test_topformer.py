@@ -192,9 +192,10 @@ def test_pretrained_backbone_loads_an_official_checkpoint(tmp_path, caplog):
 def test_onnx_export_of_the_deployed_model_matches_torch(tmp_path):
     onnx = pytest.importorskip('onnx')
     ort = pytest.importorskip('onnxruntime')
-    torch.manual_seed(0)
-    model = zoo.create_model('topformer_tiny_imachsr', num_classes=11).deploy().eval()
-    x = torch.randn(1, 3, 256, 320)
+    # the trained weights: at a random init the unscaled attention logits (as in the official code)
+    # meet a near-hard softmax that turns float rounding into differences of up to 2e-3, seed by seed
+    model = zoo.create_model('topformer_tiny_imachsr.camvid', pretrained=True).deploy().eval()
+    x = torch.randn(1, 3, 256, 320, generator=torch.Generator().manual_seed(0))
     path = tmp_path / 'topformer_tiny.onnx'
     try:
         torch.onnx.export(model, (x,), str(path), opset_version=17)
