@@ -65,7 +65,7 @@ def trained_folder(tmp_path_factory):
     model(torch.randn(2, 3, 64, 64))  # moves the BN running statistics away from their init
     folder = tmp_path_factory.mktemp('weights') / 'deeplabv3plus_resnet18_imachsr.unit'
     model.save_pretrained(folder, label_names=list('abcde'), dataset='camvid', split='val', tag='unit',
-                          metrics={'mIoU': 41.5, 'mF1': 50.25, 'aAcc': 80.0})
+                          metrics={'mIoU': 41.5, 'mF1': 50.25, 'aAcc': 80.0}, notes='Trained for one step.')
     return model.eval(), folder
 
 
@@ -93,6 +93,8 @@ def test_folder_alone_rebuilds_the_identical_model(trained_folder):
     assert {m['name']: m['value'] for m in results['metrics']} == {'mIoU': 41.5, 'mF1': 50.25, 'aAcc': 80.0}
     assert results['dataset']['split'] == 'val' and {'imachsr', 'deep-supervision'} <= set(card.data.tags)
     assert 'zoo eval --model deeplabv3plus_resnet18_imachsr.unit --data camvid' in card.text
+    assert "imachsr at points ['layer1', 'layer2'], alpha 0.7, beta 0.1." in card.text
+    assert '\nTrained for one step.\n' in card.text and config['notes'] == 'Trained for one step.'
 
 
 def test_fp16_storage_upcasts(tmp_path, trained_folder):

@@ -30,7 +30,7 @@ CARD_NAME = 'README.md'
 REPO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / 'weights'
 # Fields of a config.json that describe the weight rather than build the model.
 _CARD_FIELDS = ('label_names', 'palette', 'mean', 'std', 'input_size', 'ignore_index', 'dataset', 'split',
-                'license', 'metrics', 'recipe', 'tag')
+                'license', 'metrics', 'recipe', 'tag', 'notes')
 METRIC_NAMES = {'mIoU': 'mean_iou', 'mF1': 'mean_f1', 'mPrecision': 'mean_precision', 'mRecall': 'mean_recall',
                 'aAcc': 'accuracy'}
 
@@ -211,7 +211,8 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path], dtype: Option
     """Write ``config.json``, ``model.safetensors`` and the model card ``README.md`` to ``directory``.
 
     ``fields`` describe the weight (``label_names``, ``palette``, ``mean``, ``std``,
-    ``input_size``, ``dataset``, ``split``, ``metrics``, ``recipe``, ``tag``, ``license``);
+    ``input_size``, ``dataset``, ``split``, ``metrics``, ``recipe``, ``tag``, ``license``, and
+    ``notes``, a paragraph for the card);
     ``dtype=torch.float16`` halves the file (loading upcasts). Each file is written atomically.
     """
     directory = Path(directory)
@@ -282,6 +283,11 @@ def model_from_config(config: dict[str, Any], **overrides: Any) -> nn.Module:
 # Model cards and publishing
 
 
+def _per_point_text(weights: dict[str, float]) -> str:
+    values = set(weights.values())
+    return str(values.pop()) if len(values) == 1 else str(weights)
+
+
 def model_card(config: dict[str, Any], name: str) -> str:
     """A Hub model card: YAML metadata with ``model-index``, then usage and the eval command."""
     metrics = config.get('metrics') or {}
@@ -295,8 +301,10 @@ def model_card(config: dict[str, Any], name: str) -> str:
                                  metric_value=float(value))
                       for key, value in metrics.items() if key in METRIC_NAMES] or None)
     supervision = config.get('supervision')
-    heads = (f"{supervision['kind']} at points {supervision['points']}" if supervision
-             else 'none (deployed or baseline)')
+    heads = (f"{supervision['kind']} at points {supervision['points']}, alpha {_per_point_text(supervision['alpha'])}"
+             + (f", beta {_per_point_text(supervision['beta'])}" if supervision['kind'] == 'imachsr' else '')
+             if supervision else 'none (deployed or baseline)')
+    notes = f"\n{config['notes']}\n" if config.get('notes') else ''
     table = '\n'.join(f'| {key} | {float(value):.2f} |' for key, value in metrics.items()
                       if isinstance(value, (int, float)))
     root = f'<path to {dataset}>'
@@ -309,7 +317,7 @@ def model_card(config: dict[str, Any], name: str) -> str:
 `{config['architecture']}` with {config['num_classes']} classes, trained on {dataset} ({split} numbers below).
 Training head set: {heads}. The heads are removed by `model.deploy()`; inference costs exactly
 the baseline's.
-
+{notes}
 ```python
 import zoo
 model = zoo.create_model('{name}', pretrained=True).eval()

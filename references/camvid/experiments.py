@@ -294,6 +294,11 @@ seed of each CamVid run of the README's results table, scored by `zoo eval` on C
 """
 
 
+CARD_NOTES = ('Trained from scratch on 2 CPU cores, on a schedule of under 1% of the recipe\'s (192x256 '
+              'crops, a few epochs): far from converged. See the project README, Results (CamVid), for the '
+              'schedule, the other seeds and the comparison with the baseline and classic deep supervision.')
+
+
 def export() -> None:
     """The best seed of each (model, variant) as ``weights/<recipe>.camvid`` (fp16), with the card's
     numbers from ``zoo eval`` of that very folder; prints the ``default_cfgs`` entries."""
@@ -312,7 +317,7 @@ def export() -> None:
         recipe_values = {k: v for k, v in run.config().to_dict().items() if k != 'run_dir'}
         recipe_values['root'] = '../shared/datasets/camvid'
         fields = dict(tag='camvid', dataset='camvid', split='val', label_names=list(CAMVID_CLASSES),
-                      palette=[list(c) for c in CAMVID_PALETTE], input_size=[3, 360, 480],
+                      palette=[list(c) for c in CAMVID_PALETTE], input_size=[3, 360, 480], notes=CARD_NOTES,
                       recipe={'file': f'configs/camvid/{recipe}.yaml', 'run': run.name, **recipe_values})
         folder = WEIGHTS / f'{recipe}.camvid'
         save_pretrained(model, folder, dtype=torch.float16, **fields)
