@@ -29,8 +29,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     imachsr = load_model(args.model).eval()  # the model first: a wrong --model is named before anything else
     models = {args.baseline: load_model(args.baseline).eval(), args.model: imachsr}
-    first = next(iter(models.values()))
-    mean, std = first.pretrained_cfg['mean'], first.pretrained_cfg['std']
+    mean, std = imachsr.pretrained_cfg['mean'], imachsr.pretrained_cfg['std']
     dataset = create_dataset('camvid', SAMPLE_ROOT, 'val', transform=build_transforms(False, mean=mean, std=std))
     print(dataset.describe())
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_list)
